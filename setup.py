@@ -1,13 +1,12 @@
 """Package setup that reads its metadata from nbdev's settings.ini.
 
-nbdev's template setup.py imports pkg_resources, which setuptools 84 removed, so this one parses the
-requirement strings with `packaging` instead.
+nbdev's template setup.py imports pkg_resources, which setuptools 84 removed, so this one splits the
+requirement strings itself. Requirements in settings.ini are separated by spaces and contain none.
 """
 from configparser import ConfigParser
 from pathlib import Path
 
 import setuptools
-from packaging.requirements import Requirement
 
 config = ConfigParser(delimiters=['='])
 config.read(Path(__file__).parent / 'settings.ini', encoding='utf-8')
@@ -20,8 +19,8 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 
 
 def parse_requirements(key: str) -> list[str]:
-    "Split a space-separated requirement list from settings.ini, checking that each entry parses."
-    return [str(Requirement(r)) for r in cfg.get(key, '').split()]
+    "Split a space-separated requirement list from settings.ini."
+    return cfg.get(key, '').split()
 
 
 license_name, license_classifier = licenses[cfg['license']]
