@@ -34,10 +34,15 @@ def test_pixel_statistics_match_published(cifar10_arrays):
 
 
 def test_normalised_batches(cifar10_arrays):
-    dls = cifar_dls('cifar10', bs=256, subset=5000, arrays=cifar10_arrays, seed=1)
+    dls = cifar_dls('cifar10', bs=128, subset=5000, arrays=cifar10_arrays, seed=1)
+    xt, _ = dls.train.one_batch()
+    assert xt.dtype == torch.float32 and xt.shape == (128, 3, 32, 32)
     x, y = dls.valid.one_batch()
-    assert x.dtype == torch.float32 and x.shape == (256, 3, 32, 32)
-    assert abs(float(x.mean())) < 0.2 and abs(float(x.std()) - 1) < 0.2
+    assert x.shape == (256, 3, 32, 32), 'validation batches are twice the training batch size'
+    assert abs(float(x.mean())) < 0.2
+    # The BIMP framework's std (0.2023, 0.1994, 0.2010) is smaller than the per-pixel std of the training set
+    # (0.245, 0.243, 0.261 on this copy), so normalised pixels have a std of about 1.2-1.3, not 1.
+    assert 1.1 < float(x.std()) < 1.35
     assert int(y.max()) < 10
 
 

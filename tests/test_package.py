@@ -1,4 +1,5 @@
 """The exported package matches the notebooks, and the command line is installed."""
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,9 +11,7 @@ def test_every_module_comes_from_a_notebook():
     modules = {p.stem for p in (REPO/'ong_misguide').glob('*.py')} - {'__init__', '_modidx'}
     exported = set()
     for nb in (REPO/'nbs').glob('*.ipynb'):
-        for line in nb.read_text().splitlines():
-            if '#| default_exp' in line:
-                exported.add(line.split('default_exp')[1].strip().strip('",\\n').strip())
+        exported |= set(re.findall(r'#\| default_exp ([\w.]+)', nb.read_text()))
     assert modules <= exported, f'modules without a notebook: {sorted(modules - exported)}'
 
 
