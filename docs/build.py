@@ -5,6 +5,11 @@ cannot be installed, this script renders the same executed notebooks with Materi
 mkdocs-jupyter, which converts notebooks with nbconvert and keeps their stored outputs (text, tables, figures).
 It applies nbdev's cell directives first: `#| hide` cells are dropped and directive lines are removed.
 
+Why this renderer: it shows the notebooks' stored outputs without executing them again, and one generated
+config file gives navigation and offline search. Sphinx with MyST-NB would need its own conf.py and toctree, and
+plain nbconvert gives single pages without navigation or search. Material for MkDocs 9.8 announces its end of
+life for May 2027 and names Zensical, which reads the same mkdocs.yml, as its successor.
+
 Usage: python docs/build.py [--readme-only] [--check-readme]
 """
 from __future__ import annotations
@@ -110,12 +115,15 @@ def build_site():
         nb = process_notebook(json.loads(path.read_text()))
         (src/path.name).write_text(json.dumps(nb))
         nav.append({title_of(nb, path.stem): path.name})
-    pages = sorted(DOCS.glob('*.md'))
-    for page in pages:
-        shutil.copy(page, src/page.name)
-        text = page.read_text()
-        m = re.search(r'^#\s+(.+)$', text, re.M)
-        nav.append({m.group(1).strip() if m else page.stem: page.name})
+    # Hand-written pages and their images: every file under docs/ except this script and the build output.
+    for f in sorted(DOCS.rglob('*')):
+        rel = f.relative_to(DOCS)
+        if f.is_dir() or rel.parts[0] in ('_build', '_site') or f.name == 'build.py': continue
+        (src/rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, src/rel)
+        if f.suffix == '.md':
+            m = re.search(r'^#\s+(.+)$', f.read_text(), re.M)
+            nav.append({m.group(1).strip() if m else f.stem: str(rel)})
     config = {
         'site_name': 'ong_misguide',
         'site_description': 'ONG sparse training and the MisGUIDE defence against model extraction',

@@ -8,7 +8,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent/'shared'/'data'
 
-# Tests read the real CIFAR-10 copy; ONG_MISGUIDE_DATA wins when set, else ../shared/data beside the checkout.
+# Tests read the real CIFAR-10 copy from ONG_MISGUIDE_DATA when it is set, else from ../shared/data beside the checkout.
 if not os.environ.get('ONG_MISGUIDE_DATA') and SHARED_DATA.is_dir():
     os.environ['ONG_MISGUIDE_DATA'] = str(SHARED_DATA)
 

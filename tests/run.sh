@@ -4,14 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real data beside the checkout unless ONG_MISGUIDE_DATA says otherwise.
+# Tests read real data from ../shared/data beside the checkout unless ONG_MISGUIDE_DATA is set.
 if [ -z "${ONG_MISGUIDE_DATA:-}" ] && [ -d ../shared/data ]; then
   export ONG_MISGUIDE_DATA="$(cd ../shared/data && pwd)"
 fi
 echo "data: ${ONG_MISGUIDE_DATA:-<none: downloads>}"
 export PYTHONWARNINGS="ignore::FutureWarning"
 
-# The page checks need Debian's chromium; install it when running as root and it is missing.
+# The page checks need Debian's chromium, so install it when running as root and it is missing.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "could not install chromium: the page checks will be skipped"
