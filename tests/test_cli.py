@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, '-m', 'ong_misguide.cli']
+CLI = [str(Path(sys.executable).parent/'ong-misguide')]
 
 
 def run_cli(*args, cwd=None):
