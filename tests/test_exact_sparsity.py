@@ -1,6 +1,6 @@
-"""Exact sparsity during training: a ResNet20 pruned by ONG at 90% keeps exactly the target number of non-zero
-prunable weights after every training step, on real CIFAR-10 images, across optimizers, precisions, gradient
-accumulation, save/load, export/load_learner and two-process DDP on the CPU.
+"""Exact sparsity during training. A ResNet20 pruned by ONG at 90% keeps exactly the target number of non-zero
+prunable weights after every training step on real CIFAR-10 images. This holds across optimizers, precisions,
+gradient accumulation, save/load, export/load_learner and two-process DDP on the CPU.
 
 The matrix: every optimizer x {fp32, bf16 autocast} x {no accumulation, accumulation over 2 batches} with a plain
 fit; every optimizer with fit after learn.save + learn.load and after learn.export + load_learner (fp32); both
@@ -113,8 +113,8 @@ def test_exact_after_every_step(dls, opt, precision, accumulate):
     else: assert learn.ong.steps_done == n_batches
 
 
-def _persist(learn, dls, how):
-    if how == 'save-load':
+def _persist(learn, dls, persistence):
+    if persistence == 'save-load':
         learn.save('pruned')
         fit(learn, ExactCheck())          # weights and optimizer state move on...
         learn.load('pruned')              # ...and come back from the file
@@ -125,14 +125,14 @@ def _persist(learn, dls, how):
     return learn2
 
 
-@pytest.mark.parametrize('how', ['save-load', 'export-load'])
+@pytest.mark.parametrize('persistence', ['save-load', 'export-load'])
 @pytest.mark.parametrize('opt, precision, accumulate',
                          [(o, 'fp32', False) for o in OPTIMIZERS] + [('fastai-adam', 'bf16', True)])
-def test_exact_after_persistence(dls, opt, precision, accumulate, how):
+def test_exact_after_persistence(dls, opt, precision, accumulate, persistence):
     learn = make_learner(dls, opt, precision, accumulate)
     first = ExactCheck()
     fit(learn, first)
-    learn2 = _persist(learn, dls, how)
+    learn2 = _persist(learn, dls, persistence)
     again = ExactCheck(reference=first.reference)   # the same masks as in the first fit
     fit(learn2, again)
     assert again.checks == len(dls.train)
@@ -190,8 +190,10 @@ def test_ddp_two_processes_cpu(tmp_path, data_root):
     init_file = tmp_path/'rendezvous'
     mp.spawn(_ddp_worker, args=(2, str(init_file), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path/f'rank{r}.pth', weights_only=True) for r in (0, 1))
-    assert r0['checks'] > 0 and r1['checks'] > 0
-    assert r0['masks'].keys() == r1['masks'].keys() and len(r0['masks']) == 20
+    assert r0['checks'] > 0
+    assert r1['checks'] > 0
+    assert r0['masks'].keys() == r1['masks'].keys()
+    assert len(r0['masks']) == 20
     for k in r0['masks']: assert torch.equal(r0['masks'][k], r1['masks'][k]), k
     for k in r0['state']:  # DDP keeps the ranks' parameters identical (BatchNorm statistics are per rank)
         if 'running' not in k and 'num_batches' not in k: assert torch.equal(r0['state'][k], r1['state'][k]), k

@@ -290,7 +290,8 @@ def test_gradual_schedule_prunes_at_the_right_steps(dls):
 
     learn.add_cb(Record())
     fit(learn, 3)
-    assert seen[0] == R20 and seen[n] == round(R20 * (1 - sched.sparsity_at(n)))
+    assert seen[0] == R20
+    assert seen[n] == round(R20 * (1 - sched.sparsity_at(n)))
     assert seen[-1] == round(0.2 * R20)
 
 
@@ -306,7 +307,8 @@ def test_shared_parameter_counted_once(dls):
     assert list(prunable_layers(m)) == ['a']
     set_masks(m, allocate(MagnitudeScore()(prunable_layers(m)), 0.75).masks)
     rep = sparsity_report(m)
-    assert rep['weights'] == 64 and rep['nonzero'] == 16
+    assert rep['weights'] == 64
+    assert rep['nonzero'] == 16
 
 
 def test_dataparallel_names_have_no_module_prefix(dls):
@@ -323,10 +325,12 @@ def test_dataparallel_names_have_no_module_prefix(dls):
 def test_report_and_chart(tmp_path):
     model = pruned(sparsity=0.9)
     rep = sparsity_report(model)
-    assert rep['weights'] == R20 and abs(rep['sparsity'] - 0.9) < 1e-5
+    assert rep['weights'] == R20
+    assert abs(rep['sparsity'] - 0.9) < 1e-5
     assert len(rep['layer_sparsity']) == 20
     fig = layer_sparsity_chart(rep['layer_sparsity'], tmp_path/'chart.png', title='test')
-    assert type(fig).__name__ == 'Figure' and len(fig.axes[0].patches) == 20
+    assert type(fig).__name__ == 'Figure'
+    assert len(fig.axes[0].patches) == 20
     assert (tmp_path/'chart.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
