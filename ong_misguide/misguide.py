@@ -441,7 +441,8 @@ def fit_detector_cmd(
     overwrite: bool = False,  # Replace an existing OUT/defended.pth
 ):
     "Train and calibrate the MisGUIDE OOD detector for a victim run and write the defended model OUT/defended.pth."
-    from ong_misguide.detector import (QUICK_VIT, DetectorConfig, calibrate_threshold, fit_detector, make_ood_sets)
+    from ong_misguide.detector import (MODES, QUICK_VIT, DetectorConfig, calibrate_threshold, fit_detector,
+                                       make_ood_sets)
     from ong_misguide.train import load_run
 
     if run is None: raise InputError('No victim given: pass --run with the folder of an `ong-misguide train` run.')
@@ -456,6 +457,13 @@ def fit_detector_cmd(
 
     if not 0 < fpr < 1: raise InputError(f'fpr={fpr!r} is invalid: pass a false-positive rate in (0, 1), e.g. 0.01.')
     check_choice('precision', precision, ('bf16', 'fp32'))
+    check_choice('mode', mode, MODES)
+    check_choice('strategy', strategy, STRATEGIES)
+    _check_unit('p_mislead', p_mislead)
+    _check_unit('alpha', alpha, low_open=True)
+    if quick and pretrained:
+        raise InputError('--pretrained loads the ViT-Tiny weights, which the small ViT of --quick cannot use: '
+                         'drop --quick or --pretrained.')
     dev = _device(device)
     victim, config = load_run(run, device=dev)
     a = load_cifar_arrays(config.dataset, data)

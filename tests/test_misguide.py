@@ -359,6 +359,20 @@ def test_cli_fit_detector_needs_run(tmp_path, capsys):
     assert '--run' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--p_mislead', '2'], 'p_mislead=2'),
+    (['--alpha', '0'], 'alpha=0'),
+    (['--strategy', 'nosuch'], "strategy='nosuch'"),
+    (['--mode', 'nosuch'], "mode='nosuch'"),
+    (['--quick', '--pretrained'], '--pretrained'),
+])
+def test_cli_fit_detector_checks_options_first(tmp_path, capsys, args, message):
+    from ong_misguide.cli import main
+    # The victim folder does not exist: each bad option must be reported before the victim is loaded.
+    assert main(['defend', 'fit-detector', '--run', str(tmp_path/'missing'), '--out', str(tmp_path/'d'), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_cli_evaluate_missing_model(tmp_path, capsys):
     from ong_misguide.cli import main
     assert main(['defend', 'evaluate', '--defended', str(tmp_path/'none.pth')]) == 2
