@@ -222,6 +222,10 @@ class Attack:
         unknown = sorted(set(hparams) - set(valid))
         if unknown:
             raise InputError(f'{self.name}: unknown hyperparameters {unknown}; valid ones are {sorted(valid)}.')
+        if label_mode == 'hard' and 'hard' not in self.label_modes:
+            hard = ', '.join(n for n, c in ATTACKS.items() if 'hard' in c.label_modes)
+            raise InputError(f'{type(self).__name__} trains on soft labels only: drop --hard_label '
+                             f'(label_mode=\'hard\'), or use an attack with a hard-label mode ({hard}).')
         check_choice('label_mode', label_mode, self.label_modes)
         self.hp = SimpleNamespace(**{**valid, **hparams})
         check_choice('student', self.hp.student, ARCHS)

@@ -196,6 +196,8 @@ def test_bad_input(victim):
         extract('dfme', victim, 5000, hparams={'grad_n': 2})
     with pytest.raises(InputError, match="label_mode='hard'"):
         extract('maze', victim, 5000, label_mode='hard')
+    with pytest.raises(InputError, match='drop --hard_label .* hard-label mode \\(disguide, knockoff\\)'):
+        extract('dfme', victim, 5000, label_mode='hard')
 
 
 def test_cli_bad_input(tmp_path):
