@@ -449,9 +449,11 @@ def fit_detector_cmd(
     out_dir = check_writable_dir(out)
     if (out_dir/DEFENDED_FILE).exists() and not overwrite:
         raise InputError(f'{str(out_dir/DEFENDED_FILE)!r} exists: pass --overwrite to replace it or choose another --out.')
-    defaults = {'epochs': (4, 30), 'n_id': (3000, 45_000), 'n_ood': (750, 10_000), 'n_cal': (1000, 5000)}
-    given = {'epochs': epochs, 'n_id': n_id, 'n_ood': n_ood, 'n_cal': n_cal}
-    sizes = {k: defaults[k][0 if quick else 1] if v is None else v for k, v in given.items()}
+    quick_defaults = {'epochs': 4, 'n_id': 3000, 'n_ood': 750, 'n_cal': 1000}
+    full_defaults = {'epochs': 30, 'n_id': 45_000, 'n_ood': 10_000, 'n_cal': 5000}
+    sizes = quick_defaults if quick else full_defaults
+    requested = {'epochs': epochs, 'n_id': n_id, 'n_ood': n_ood, 'n_cal': n_cal}
+    sizes = {**sizes, **{k: v for k, v in requested.items() if v is not None}}
     for name, value in {**sizes, 'bs': bs}.items(): check_positive(name, value, integer=True)
     epochs, n_id, n_ood, n_cal = sizes['epochs'], sizes['n_id'], sizes['n_ood'], sizes['n_cal']
 

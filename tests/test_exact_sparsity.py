@@ -1,6 +1,6 @@
 """Exact sparsity during training. A ResNet20 pruned by ONG at 90% keeps exactly the target number of non-zero
-prunable weights after every training step on real CIFAR-10 images. This holds across optimizers, precisions,
-gradient accumulation, save/load, export/load_learner and two-process DDP on the CPU.
+prunable weights after every training step on real CIFAR-10 images. Sparsity stays exact across optimizers,
+precisions, gradient accumulation, save/load, export/load_learner and two-process DDP on the CPU.
 
 The matrix: every optimizer x {fp32, bf16 autocast} x {no accumulation, accumulation over 2 batches} with a plain
 fit; every optimizer with fit after learn.save + learn.load and after learn.export + load_learner (fp32); both
